@@ -10,4 +10,12 @@
 // Encoding rules: structs travel as msgpack arrays (field order is the
 // format, so fields are only ever appended), message type numbers are
 // written out and never reused, and golden byte tests pin every message.
+// Decoding skips elements past the known fields and leaves missing ones
+// zero (compat.go), so peers one version apart understand each other, and
+// every body is structure-checked before decoding (check.go) so hostile
+// lengths cannot make it allocate.
+//
+// Requests: one bidirectional QUIC stream per request; the client writes
+// one frame and closes its side, the server answers with one frame
+// (MsgAck, MsgConfig or MsgError with a stable code) and closes.
 package wire
