@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -101,6 +102,7 @@ func (n *Node) routes() http.Handler {
 	handle("POST /api/v1/sites", RoleAdmin, n.createSite)
 	handle("PUT /api/v1/sites/{id}", RoleAdmin, n.putSite)
 	handle("GET /api/v1/events", RoleAnalyst, n.listEvents)
+	handle("POST /api/v1/cluster/join", RoleAdmin, n.joinNode)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": map[string]string{
 			"code": "not_found", "message": "no such endpoint: " + r.Method + " " + r.URL.Path}})
@@ -174,6 +176,31 @@ func (n *Node) getCluster(w http.ResponseWriter, _ *http.Request) error {
 		"nodes":         servers,
 		"applied_index": applied,
 	})
+	return nil
+}
+
+// joinNode adds a node as a voter; only the leader can.
+func (n *Node) joinNode(w http.ResponseWriter, r *http.Request) error {
+	var body struct {
+		ID       string `json:"id"`
+		RaftAddr string `json:"raft_addr"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 4096)).Decode(&body); err != nil {
+		return &fieldError{"body", `want {"id":"n2","raft_addr":"host:port"}: ` + err.Error()}
+	}
+	if body.ID == "" {
+		return &fieldError{"id", "required"}
+	}
+	if _, _, err := net.SplitHostPort(body.RaftAddr); err != nil {
+		return &fieldError{"raft_addr", fmt.Sprintf("%q is not host:port", body.RaftAddr)}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), n.cfg.ApplyTimeout)
+	defer cancel()
+	if err := n.raft.AddVoter(ctx, body.ID, body.RaftAddr); err != nil {
+		return err
+	}
+	n.logger.Info("node joined", "id", body.ID, "raft_addr", body.RaftAddr)
+	writeJSON(w, http.StatusOK, map[string]string{"id": body.ID, "raft_addr": body.RaftAddr})
 	return nil
 }
 

@@ -2,8 +2,8 @@ package aggregator
 
 import (
 	"context"
-	"flag"
 	"encoding/json"
+	"flag"
 	"io"
 	"log/slog"
 	"net"
@@ -246,3 +246,38 @@ func TestLoadConfigGolden(t *testing.T) {
 }
 
 var update = flag.Bool("update", false, "rewrite golden files")
+
+func TestJoin(t *testing.T) {
+	leader, token := startNode(t)
+	cfg := DefaultConfig()
+	cfg.NodeID, cfg.DataDir, cfg.TLSDir = "n2", t.TempDir(), wiretest.CertDir(t)
+	cfg.HTTP, cfg.Wire, cfg.Raft = "127.0.0.1:0", "127.0.0.1:0", freeAddr(t, "tcp")
+	cfg.Join, cfg.JoinToken = leader.HTTPAddr(), token
+	n2, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n2.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	if code, _ := call(t, leader, token, "PUT", "/api/v1/sites/demo", `{"origins":[]}`); code != 200 {
+		t.Fatalf("put site: %d", code)
+	}
+	waitFor(t, 20*time.Second, "the joined node to replicate the site and the token", func() bool {
+		_, err := n2.store.Site("demo")
+		return err == nil
+	})
+	code, body := call(t, n2, token, "GET", "/api/v1/cluster", "")
+	if code != 200 || len(body["nodes"].([]any)) != 2 {
+		t.Fatalf("cluster seen from n2: %d %v", code, body)
+	}
+	// A follower does not take batches; it says so, so the agent moves on.
+	if ack := n2.HandleBatch(context.Background(), &wire.Batch{AgentID: "a", Seq: 1}); ack.Status != wire.AckNotLeader {
+		t.Fatalf("follower ack = %+v, want not-leader", ack)
+	}
+	if code, _ := call(t, leader, "", "POST", "/api/v1/cluster/join", `{}`); code != 401 {
+		t.Fatalf("join without token: %d, want 401", code)
+	}
+}

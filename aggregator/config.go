@@ -23,6 +23,9 @@ type Config struct {
 	Bootstrap bool   `yaml:"bootstrap"` // start a new cluster with this node
 	Join      string `yaml:"join"`      // HTTP address of a member to join through
 	TLSDir    string `yaml:"tls_dir"`   // ca.crt, node.crt, node.key
+	// JoinToken is an admin token of the cluster being joined; the
+	// SIGHTLINE_JOIN_TOKEN environment variable fills it when empty.
+	JoinToken string `yaml:"join_token"`
 
 	// ApplyTimeout bounds how long a batch waits for its Raft commit.
 	ApplyTimeout time.Duration `yaml:"apply_timeout"`
@@ -75,6 +78,9 @@ func (c Config) Validate() error {
 	if c.Join != "" {
 		if _, _, err := net.SplitHostPort(c.Join); err != nil {
 			bad("join", "%q is not host:port (%v)", c.Join, err)
+		}
+		if c.JoinToken == "" {
+			bad("join_token", "required with join: an admin token of the cluster (or set SIGHTLINE_JOIN_TOKEN)")
 		}
 	}
 	if c.ApplyTimeout <= 0 {

@@ -1,12 +1,15 @@
 package aggregator
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -118,6 +121,9 @@ func (n *Node) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("wire: %w", err)
 		}
 	}()
+	if n.cfg.Join != "" {
+		go n.joinLoop(ctx)
+	}
 	if n.cfg.Bootstrap {
 		go func() {
 			if err := n.ensureAdminToken(ctx); err != nil && ctx.Err() == nil {
@@ -149,6 +155,48 @@ func (n *Node) closeCore() {
 	if err := n.store.Close(); err != nil {
 		n.logger.Warn("closing state", "error", err)
 	}
+}
+
+// joinLoop asks a member to add this node as a voter until one agrees. A
+// restarted member asks again, which the leader treats as a no-op.
+func (n *Node) joinLoop(ctx context.Context) {
+	body, _ := json.Marshal(map[string]string{"id": n.cfg.NodeID, "raft_addr": n.cfg.Raft})
+	for attempt := 1; ; attempt++ {
+		err := n.askJoin(ctx, body)
+		if err == nil {
+			n.logger.Info("joined the cluster", "through", n.cfg.Join)
+			return
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			n.logger.Warn("joining the cluster; will retry", "through", n.cfg.Join, "attempt", attempt, "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (n *Node) askJoin(ctx context.Context, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+n.cfg.Join+"/api/v1/cluster/join", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+n.cfg.JoinToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(msg))
+	}
+	return nil
 }
 
 // AdminTokenFile is where a bootstrapping node leaves the first admin token.

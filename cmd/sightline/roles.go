@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,6 +54,9 @@ func runAggregator(ctx context.Context, args []string, stderr io.Writer) error {
 	overlay("tls-dir", &cfg.TLSDir, *tlsDir)
 	if set["bootstrap"] {
 		cfg.Bootstrap = *bootstrap
+	}
+	if cfg.JoinToken == "" {
+		cfg.JoinToken = os.Getenv("SIGHTLINE_JOIN_TOKEN")
 	}
 	logger, err := newLogger(stderr, *logLevel)
 	if err != nil {
