@@ -565,3 +565,25 @@ func TestReadyzJSON(t *testing.T) {
 		t.Fatalf("readyz %s", w.Body)
 	}
 }
+
+// TestSealOnCount: with a long linger, reaching batch_max_events seals at
+// once; the sealer is woken by the append, not by polling.
+func TestSealOnCount(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.BatchLinger = time.Minute
+	cfg.BatchMaxEvents = 5
+	sender := newFakeSender()
+	a := newAgent(t, cfg, sender, newFakeSource(demoConfig))
+	base, _ := run(t, a)
+	waitFor(t, 10*time.Second, func() bool { return a.sites.Load() != nil })
+	if code, _, b := httpPost(t, base, uniqueBody("a", 3)); code != http.StatusAccepted {
+		t.Fatalf("%d %s", code, b)
+	}
+	if code, _, b := httpPost(t, base, uniqueBody("b", 2)); code != http.StatusAccepted {
+		t.Fatalf("%d %s", code, b)
+	}
+	waitFor(t, 10*time.Second, func() bool { return sender.applyCount() == 5 })
+	if got := metricValue(t, a.reg, "sightline_agent_batches_sealed_total"); got != 1 {
+		t.Fatalf("batches_sealed_total = %v, want 1", got)
+	}
+}

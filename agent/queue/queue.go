@@ -42,11 +42,14 @@ const (
 
 // Meta names the queue keeps for itself; SetMeta refuses them.
 const (
-	reservedPrefix  = "queue."
-	metaNextRecord  = "queue.next_record"
-	metaNextBatch   = "queue.next_batch"
-	seqKeyLen       = 9
-	defaultMaxGroup = 4 << 20 // bytes per group commit; larger groups wait for the next one
+	reservedPrefix = "queue."
+	metaNextRecord = "queue.next_record"
+	metaNextBatch  = "queue.next_batch"
+)
+
+const (
+	seqKeyLen       = 9       // prefix byte + uint64
+	defaultMaxGroup = 4 << 20 // bytes per group commit; the rest waits for the next one
 )
 
 // Options configure Open.
