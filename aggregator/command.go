@@ -69,6 +69,13 @@ const (
 	RoleViewer  = "viewer"
 )
 
+// Log entries and stored records outlive the code that wrote them: a field
+// appended later must not make older entries undecodable, nor newer ones
+// unreadable to an older node.
+func init() {
+	wire.RegisterArrayStructs(IngestCmd{}, Site{}, Token{}, SessionRec{})
+}
+
 // EncodeCommand builds a log entry: one type byte followed by the msgpack body.
 func EncodeCommand(t CmdType, body any) ([]byte, error) {
 	b, err := wire.Marshal(body)

@@ -101,15 +101,23 @@ func (c Config) Validate() error {
 // LoadConfig overlays the YAML file at path on DefaultConfig. Unknown
 // fields are errors, so a typo does not silently keep a default.
 func LoadConfig(path string) (Config, error) {
-	cfg := DefaultConfig()
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return cfg, fmt.Errorf("config: %w", err)
+		return DefaultConfig(), fmt.Errorf("config: %w", err)
 	}
+	cfg, err := parseConfig(b)
+	if err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func parseConfig(b []byte) (Config, error) {
+	cfg := DefaultConfig()
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
+		return cfg, err
 	}
 	return cfg, nil
 }

@@ -49,6 +49,7 @@ func New(cfg Config, logger *slog.Logger) (*Node, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	baseLogger := logger
 	logger = logger.With("node", cfg.NodeID)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
@@ -69,7 +70,7 @@ func New(cfg Config, logger *slog.Logger) (*Node, error) {
 	rc.RaftAddr = cfg.Raft
 	rc.DataDir = cfg.DataDir
 	rc.Bootstrap = cfg.Bootstrap
-	rc.Logger = logger
+	rc.Logger = baseLogger // cluster adds the node attribute itself
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	if n.raft, err = cluster.Start(rc, n.fsm); err != nil {
 		n.store.Close()

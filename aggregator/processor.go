@@ -125,14 +125,14 @@ func (tx *applyTx) apply(e Entry) (any, bool, error) {
 	switch t {
 	case CmdIngest:
 		var c IngestCmd
-		if err := msgpack.Unmarshal(body, &c); err != nil {
+		if err := wire.Unmarshal(body, &c); err != nil {
 			return IngestResult{Rejected: "undecodable ingest command: " + err.Error()}, false, nil
 		}
 		r, err := tx.ingest(&c)
 		return r, false, err
 	case CmdPutSite:
 		var s Site
-		if err := msgpack.Unmarshal(body, &s); err != nil {
+		if err := wire.Unmarshal(body, &s); err != nil {
 			return fmt.Errorf("undecodable site: %w", err), false, nil
 		}
 		v, _ := msgpack.Marshal(&s)
@@ -142,7 +142,7 @@ func (tx *applyTx) apply(e Entry) (any, bool, error) {
 		return nil, true, tx.b.Set(keyCfgVer, u64bytes(e.Index), nil)
 	case CmdCreateToken:
 		var tok Token
-		if err := msgpack.Unmarshal(body, &tok); err != nil {
+		if err := wire.Unmarshal(body, &tok); err != nil {
 			return fmt.Errorf("undecodable token: %w", err), false, nil
 		}
 		v, _ := msgpack.Marshal(&tok)
@@ -285,7 +285,7 @@ func (tx *applyTx) touchSession(ev *wire.Event) error {
 			return err
 		default:
 			rec = &SessionRec{}
-			if err := msgpack.Unmarshal(v, rec); err != nil {
+			if err := wire.Unmarshal(v, rec); err != nil {
 				return err
 			}
 		}

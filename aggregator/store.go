@@ -10,7 +10,6 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/sightline/sightline/wire"
 )
@@ -181,7 +180,7 @@ func (s *Store) Site(id string) (Site, error) {
 		if err != nil {
 			return err
 		}
-		return msgpack.Unmarshal(v, &site)
+		return wire.Unmarshal(v, &site)
 	})
 	return site, err
 }
@@ -191,7 +190,7 @@ func (s *Store) Sites() ([]Site, error) {
 	var out []Site
 	err := s.scan([]byte{famSite}, func(_, v []byte) error {
 		var site Site
-		if err := msgpack.Unmarshal(v, &site); err != nil {
+		if err := wire.Unmarshal(v, &site); err != nil {
 			return err
 		}
 		out = append(out, site)
@@ -208,7 +207,7 @@ func (s *Store) TokenByHash(hash string) (Token, error) {
 		if err != nil {
 			return err
 		}
-		return msgpack.Unmarshal(v, &t)
+		return wire.Unmarshal(v, &t)
 	})
 	return t, err
 }
@@ -227,7 +226,7 @@ func (s *Store) SessionEvents(site, session string) ([]wire.Event, error) {
 	var out []wire.Event
 	err := s.scan(p, func(_, v []byte) error {
 		var ev wire.Event
-		if err := msgpack.Unmarshal(v, &ev); err != nil {
+		if err := wire.Unmarshal(v, &ev); err != nil {
 			return err
 		}
 		out = append(out, ev)

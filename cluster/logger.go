@@ -15,7 +15,7 @@ import (
 // raftLogLevel is the lowest hclog level passed on to slog: raft reports
 // every election, heartbeat hiccup and snapshot at Info, which drowns the
 // node's own logs, so only warnings and errors get through.
-const raftLogLevel = hclog.Debug
+const raftLogLevel = hclog.Warn
 
 // hclogAdapter lets hashicorp/raft log through a *slog.Logger.
 type hclogAdapter struct {

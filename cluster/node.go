@@ -210,11 +210,10 @@ type Server struct {
 // Node is one raft server with its Pebble log store, file snapshot store
 // and TCP transport.
 type Node struct {
-	id     string
-	raft   *raft.Raft
-	trans  *raft.NetworkTransport
-	logs   *LogStore
-	logger *slog.Logger
+	id    string
+	raft  *raft.Raft
+	trans *raft.NetworkTransport
+	logs  *LogStore
 
 	shut         atomic.Bool
 	shutdownOnce sync.Once
@@ -297,7 +296,7 @@ func Start(cfg Config, fsm raft.FSM) (*Node, error) {
 	if err != nil {
 		return fail(fmt.Errorf("cluster: start raft: %w", err))
 	}
-	n := &Node{id: cfg.NodeID, raft: r, trans: trans, logs: logs, logger: logger}
+	n := &Node{id: cfg.NodeID, raft: r, trans: trans, logs: logs}
 	if cfg.Bootstrap && !existing {
 		boot := raft.Configuration{Servers: []raft.Server{{
 			Suffrage: raft.Voter,

@@ -298,40 +298,72 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	}
 }
 
+// TestNodeOutsideAnyCluster uses a node that was never bootstrapped nor
+// added: it can never be leader, so every leader-only call must say so.
+func TestNodeOutsideAnyCluster(t *testing.T) {
+	n := clustertest.StartNode(t, clustertest.Config(t, "lonely", t.TempDir()))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if n.IsLeader() {
+		t.Fatal("an unbootstrapped node is leader")
+	}
+	_, applyErr := n.Apply(ctx, clustertest.AddCommand(1))
+	for name, err := range map[string]error{
+		"Apply":        applyErr,
+		"AddVoter":     n.AddVoter(ctx, "x", "127.0.0.1:1"),
+		"RemoveServer": n.RemoveServer(ctx, "x"),
+		"Barrier":      n.Barrier(ctx),
+	} {
+		if !errors.Is(err, cluster.ErrNotLeader) {
+			t.Errorf("%s = %v, want ErrNotLeader", name, err)
+		}
+		if id, addr := cluster.LeaderHint(err); id != "" || addr != "" {
+			t.Errorf("%s hint = %q %q, want none", name, id, addr)
+		}
+	}
+	if id, addr := cluster.LeaderHint(errors.New("other")); id != "" || addr != "" {
+		t.Errorf("LeaderHint(other) = %q %q", id, addr)
+	}
+	if n.FSM.Count() != 0 {
+		t.Fatal("a rejected Apply reached the FSM")
+	}
+}
+
 func TestThreeNodeCluster(t *testing.T) {
 	nodes := clustertest.StartCluster(t, 3, nil)
 	ctx := testCtx(t)
-	leader := clustertest.WaitLeader(t, nodes)
-	applyN(t, ctx, leader, 100)
+	clustertest.Increment(t, nodes, 1, 100)
+	clustertest.WaitCount(t, nodes, 100)
 
-	for _, nd := range nodes {
-		if nd == leader {
-			continue
-		}
-		_, err := nd.Apply(ctx, clustertest.AddCommand(1))
-		if !errors.Is(err, cluster.ErrNotLeader) {
-			t.Fatalf("Apply on follower %s = %v, want ErrNotLeader", nd.ID(), err)
-		}
-		if id, addr := cluster.LeaderHint(err); id != leader.ID() || addr != leader.Addr() {
-			t.Fatalf("hint = %s %s, want %s %s", id, addr, leader.ID(), leader.Addr())
-		}
-		var nl *cluster.NotLeaderError
-		if !errors.As(err, &nl) || !errors.Is(err, raft.ErrNotLeader) {
-			t.Fatalf("error %v is not a *NotLeaderError wrapping raft.ErrNotLeader", err)
-		}
-		if err := nd.AddVoter(ctx, "x", "127.0.0.1:1"); !errors.Is(err, cluster.ErrNotLeader) {
-			t.Fatalf("AddVoter on follower = %v, want ErrNotLeader", err)
-		}
-	}
-	clustertest.WaitFor(t, clustertest.Timeout, "all nodes to apply 100", func() bool {
+	// A follower refuses with ErrNotLeader naming the leader. RejectCommand
+	// is the probe because it changes nothing if leadership moved to the
+	// probed node in the meantime; a probe is retried only then.
+	clustertest.WaitFor(t, clustertest.Timeout, "a follower to refuse with the leader's hint", func() bool {
+		leader := clustertest.WaitLeader(t, nodes)
 		for _, nd := range nodes {
-			if nd.FSM.Count() != 100 {
+			if nd == leader {
+				continue
+			}
+			_, err := nd.Apply(ctx, clustertest.RejectCommand)
+			if errors.Is(err, clustertest.ErrRejected) {
+				return false // nd became leader
+			}
+			if !errors.Is(err, cluster.ErrNotLeader) {
+				t.Fatalf("Apply on follower %s = %v, want ErrNotLeader", nd.ID(), err)
+			}
+			var nl *cluster.NotLeaderError
+			if !errors.As(err, &nl) || !errors.Is(err, raft.ErrNotLeader) {
+				t.Fatalf("error %v is not a *NotLeaderError wrapping raft.ErrNotLeader", err)
+			}
+			if id, addr := cluster.LeaderHint(err); id != leader.ID() || addr != leader.Addr() {
+				t.Logf("hint %s %s, leader %s %s: leadership moved, probing again", id, addr, leader.ID(), leader.Addr())
 				return false
 			}
 		}
 		return true
 	})
-	clustertest.WaitFor(t, clustertest.Timeout, "every node to list 3 voters with the leader marked", func() bool {
+
+	clustertest.WaitFor(t, clustertest.Timeout, "every node to list 3 voters with one leader marked", func() bool {
 		for _, nd := range nodes {
 			servers, err := nd.Servers()
 			if err != nil || len(servers) != 3 {
@@ -340,11 +372,11 @@ func TestThreeNodeCluster(t *testing.T) {
 			leaders := 0
 			for _, s := range servers {
 				if s.Suffrage != "voter" {
-					return false
+					t.Fatalf("%s: server %+v is not a voter", nd.ID(), s)
 				}
 				if s.Leader {
 					leaders++
-					if s.ID != leader.ID() || s.Addr != leader.Addr() {
+					if id, addr := nd.Leader(); s.ID != id || s.Addr != addr {
 						return false
 					}
 				}
@@ -356,28 +388,18 @@ func TestThreeNodeCluster(t *testing.T) {
 		return true
 	})
 
-	// Remove one follower; the other two carry on.
-	var gone *clustertest.Node
-	var rest []*clustertest.Node
-	for _, nd := range nodes {
-		if nd != leader && gone == nil {
-			gone = nd
-		} else {
-			rest = append(rest, nd)
-		}
-	}
-	if err := leader.RemoveServer(ctx, gone.ID()); err != nil {
-		t.Fatal(err)
-	}
+	// Remove node2; the other two carry on.
+	gone, rest := nodes[2], nodes[:2]
+	clustertest.OnLeader(t, nodes, "remove node2", func(ctx context.Context, l *clustertest.Node) error {
+		return l.RemoveServer(ctx, gone.ID())
+	})
 	if err := gone.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	applyN(t, ctx, leader, 10)
-	clustertest.WaitFor(t, clustertest.Timeout, "the remaining nodes to apply 110", func() bool {
+	clustertest.Increment(t, rest, 101, 110)
+	clustertest.WaitCount(t, rest, 110)
+	clustertest.WaitFor(t, clustertest.Timeout, "the survivors to list 2 servers", func() bool {
 		for _, nd := range rest {
-			if nd.FSM.Count() != 110 {
-				return false
-			}
 			if s, err := nd.Servers(); err != nil || len(s) != 2 {
 				return false
 			}
@@ -388,9 +410,9 @@ func TestThreeNodeCluster(t *testing.T) {
 
 func TestLeaderFailover(t *testing.T) {
 	nodes := clustertest.StartCluster(t, 3, nil)
-	ctx := testCtx(t)
+	clustertest.Increment(t, nodes, 1, 10)
+	clustertest.WaitCount(t, nodes, 10)
 	old := clustertest.WaitLeader(t, nodes)
-	applyN(t, ctx, old, 10)
 	if err := old.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -400,27 +422,22 @@ func TestLeaderFailover(t *testing.T) {
 			rest = append(rest, nd)
 		}
 	}
-	leader := clustertest.WaitLeader(t, rest)
-	if err := leader.Barrier(ctx); err != nil {
-		t.Fatal(err)
-	}
-	applyN(t, ctx, leader, 5)
-	clustertest.WaitFor(t, clustertest.Timeout, "survivors to apply 15", func() bool {
-		return rest[0].FSM.Count() == 15 && rest[1].FSM.Count() == 15
+	clustertest.OnLeader(t, rest, "barrier", func(ctx context.Context, l *clustertest.Node) error {
+		return l.Barrier(ctx)
 	})
+	clustertest.Increment(t, rest, 11, 15)
+	clustertest.WaitCount(t, rest, 15)
 }
 
 // TestFollowerCatchesUpBySnapshot adds a voter after the log it needs was
 // compacted away, so raft must ship a checkpoint snapshot and the counter
 // restores it with RestoreCheckpoint.
 func TestFollowerCatchesUpBySnapshot(t *testing.T) {
-	small := func(c *cluster.Config) { c.TrailingLogs = 5 }
-	ctx := testCtx(t)
 	first := bootstrapConfig(t, "node0")
-	small(&first)
+	first.TrailingLogs = 5
 	n0 := clustertest.StartNode(t, first)
 	clustertest.WaitFor(t, clustertest.Timeout, "leadership", n0.IsLeader)
-	applyN(t, ctx, n0, 200)
+	clustertest.Increment(t, []*clustertest.Node{n0}, 1, 200)
 	if err := n0.Raft().Snapshot().Error(); err != nil {
 		t.Fatal(err)
 	}
@@ -429,15 +446,14 @@ func TestFollowerCatchesUpBySnapshot(t *testing.T) {
 	})
 
 	cfg := clustertest.Config(t, "node1", t.TempDir())
-	small(&cfg)
+	cfg.TrailingLogs = 5
 	n1 := clustertest.StartNode(t, cfg)
-	if err := n0.AddVoter(ctx, n1.ID(), n1.Addr()); err != nil {
-		t.Fatal(err)
-	}
-	applyN(t, ctx, n0, 3)
-	clustertest.WaitFor(t, clustertest.Timeout, "the new voter to catch up", func() bool {
-		return n1.FSM.Count() == 203
+	nodes := []*clustertest.Node{n0, n1}
+	clustertest.OnLeader(t, nodes, "add voter node1", func(ctx context.Context, l *clustertest.Node) error {
+		return l.AddVoter(ctx, n1.ID(), n1.Addr())
 	})
+	clustertest.Increment(t, nodes, 201, 203)
+	clustertest.WaitCount(t, nodes, 203)
 	if n1.FSM.Restores() == 0 {
 		t.Fatal("the new voter caught up without a snapshot restore")
 	}

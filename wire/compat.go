@@ -17,7 +17,14 @@ import (
 // elements beyond the known fields are skipped, and fields the array does
 // not reach are left zero. Encoding is unchanged.
 func init() {
-	for _, v := range []any{Event{}, Target{}, Batch{}, Ack{}, ConfigRequest{}, Config{}, Site{}, Error{}} {
+	RegisterArrayStructs(Event{}, Target{}, Batch{}, Ack{}, ConfigRequest{}, Config{}, Site{}, Error{})
+}
+
+// RegisterArrayStructs gives other packages' array-encoded structs (Raft
+// commands, stored records) the same rule: extra elements skipped, missing
+// fields zero. Pass struct values, not pointers.
+func RegisterArrayStructs(values ...any) {
+	for _, v := range values {
 		msgpack.Register(v, nil, decodeArrayStruct)
 	}
 }

@@ -13,7 +13,7 @@ import (
 
 // Timeout bounds every wait in these helpers; generous because -race on a
 // small machine slows raft down, and waits poll rather than sleep.
-const Timeout = 30 * time.Second
+const Timeout = 60 * time.Second
 
 // WaitFor polls cond until it is true or timeout passes, then fails t.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
@@ -100,12 +100,10 @@ func StartCluster(t testing.TB, n int, mutate func(*cluster.Config)) []*Node {
 			WaitLeader(t, nodes[:1])
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
-	defer cancel()
 	for _, nd := range nodes[1:] {
-		if err := WaitLeader(t, nodes).AddVoter(ctx, nd.ID(), nd.Addr()); err != nil {
-			t.Fatalf("add voter %s: %v", nd.ID(), err)
-		}
+		OnLeader(t, nodes, "add voter "+nd.ID(), func(ctx context.Context, l *Node) error {
+			return l.AddVoter(ctx, nd.ID(), nd.Addr())
+		})
 	}
 	WaitFor(t, Timeout, "every node to see the full membership and one leader", func() bool {
 		leaderID, _ := nodes[0].Leader()
@@ -140,4 +138,55 @@ func WaitLeader(t testing.TB, nodes []*Node) *Node {
 		return leader != nil
 	})
 	return leader
+}
+
+// OnLeader runs op on the current leader, retrying on any error (leadership
+// can move when a loaded machine stalls heartbeats) until Timeout. op must
+// be safe to repeat.
+func OnLeader(t testing.TB, nodes []*Node, what string, op func(ctx context.Context, leader *Node) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	var lastErr error
+	for ctx.Err() == nil {
+		var leader *Node
+		for _, nd := range nodes {
+			if nd.IsLeader() {
+				leader = nd
+				break
+			}
+		}
+		if leader != nil {
+			if lastErr = op(ctx, leader); lastErr == nil {
+				return
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("%s on the leader: gave up after %s: %v", what, Timeout, lastErr)
+}
+
+// Increment applies IncrementCommand(from) … IncrementCommand(to) through
+// the leader; each is idempotent, so errors are retried.
+func Increment(t testing.TB, nodes []*Node, from, to uint64) {
+	t.Helper()
+	for seq := from; seq <= to; seq++ {
+		OnLeader(t, nodes, fmt.Sprintf("increment %d", seq), func(ctx context.Context, l *Node) error {
+			_, err := l.Apply(ctx, IncrementCommand(seq))
+			return err
+		})
+	}
+}
+
+// WaitCount waits until every node's counter reads want.
+func WaitCount(t testing.TB, nodes []*Node, want uint64) {
+	t.Helper()
+	WaitFor(t, Timeout, fmt.Sprintf("every node to count %d", want), func() bool {
+		for _, nd := range nodes {
+			if nd.FSM.Count() != want {
+				return false
+			}
+		}
+		return true
+	})
 }

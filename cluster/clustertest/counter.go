@@ -26,11 +26,25 @@ var RejectCommand = []byte("reject")
 var (
 	keyCount   = []byte("count")
 	keyApplied = []byte("applied")
+	keySeq     = []byte("seq")
 )
 
-// AddCommand returns the command that adds n to the counter.
+// seqTag starts an IncrementCommand; add commands are 8 bytes, so the
+// 9-byte form cannot be mistaken for one.
+const seqTag = 'q'
+
+// AddCommand returns the command that adds n to the counter. It is not
+// idempotent: retry it only when the first try certainly did not commit.
 func AddCommand(n uint64) []byte {
 	return binary.BigEndian.AppendUint64(nil, n)
+}
+
+// IncrementCommand returns the command that adds 1 unless an increment
+// with a sequence number at or above seq was already applied, so a client
+// may retry it after an ambiguous error (raft.ErrLeadershipLost) the way
+// agents retry batches. One writer, increasing seq.
+func IncrementCommand(seq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{seqTag}, seq)
 }
 
 // CounterFSM is a raft.BatchingFSM whose state (a counter and the applied
@@ -46,6 +60,7 @@ type CounterFSM struct {
 
 	count    atomic.Uint64
 	applied  atomic.Uint64
+	seq      atomic.Uint64 // highest IncrementCommand sequence applied
 	minSeen  atomic.Uint64 // lowest index delivered since open, 0 if none
 	skipped  atomic.Uint64 // entries delivered at or below the applied index
 	batches  atomic.Uint64 // ApplyBatch calls
@@ -74,17 +89,16 @@ func (f *CounterFSM) open() error {
 	if err != nil {
 		return fmt.Errorf("clustertest: open counter: %w", err)
 	}
-	count, err := getUint64(db, keyCount)
-	if err == nil {
-		var applied uint64
-		applied, err = getUint64(db, keyApplied)
-		f.applied.Store(applied)
+	var vals [3]uint64
+	for i, key := range [][]byte{keyCount, keyApplied, keySeq} {
+		if vals[i], err = getUint64(db, key); err != nil {
+			_ = db.Close()
+			return fmt.Errorf("clustertest: open counter: %w", err)
+		}
 	}
-	if err != nil {
-		_ = db.Close()
-		return fmt.Errorf("clustertest: open counter: %w", err)
-	}
-	f.count.Store(count)
+	f.count.Store(vals[0])
+	f.applied.Store(vals[1])
+	f.seq.Store(vals[2])
 	f.db = db
 	return nil
 }
@@ -128,12 +142,13 @@ func (f *CounterFSM) Apply(l *raft.Log) any {
 	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
-// ApplyBatch applies entries in one Pebble batch. Commands are 8-byte adds
-// (response: the new count) or RejectCommand (response: ErrRejected).
+// ApplyBatch applies entries in one Pebble batch. Commands are AddCommand,
+// IncrementCommand (response: the count) or RejectCommand (response:
+// ErrRejected).
 func (f *CounterFSM) ApplyBatch(logs []*raft.Log) []any {
 	f.batches.Add(1)
 	resp := make([]any, len(logs))
-	count, applied := f.count.Load(), f.applied.Load()
+	count, applied, seq := f.count.Load(), f.applied.Load(), f.seq.Load()
 	for i, l := range logs {
 		if m := f.minSeen.Load(); m == 0 || l.Index < m {
 			f.minSeen.Store(l.Index)
@@ -150,6 +165,12 @@ func (f *CounterFSM) ApplyBatch(logs []*raft.Log) []any {
 		case len(l.Data) == 8:
 			count += binary.BigEndian.Uint64(l.Data)
 			resp[i] = count
+		case len(l.Data) == 9 && l.Data[0] == seqTag:
+			if q := binary.BigEndian.Uint64(l.Data[1:]); q > seq {
+				seq = q
+				count++
+			}
+			resp[i] = count
 		case string(l.Data) == string(RejectCommand):
 			resp[i] = ErrRejected
 		default:
@@ -162,6 +183,7 @@ func (f *CounterFSM) ApplyBatch(logs []*raft.Log) []any {
 	defer func() { _ = b.Close() }()
 	_ = b.Set(keyCount, binary.BigEndian.AppendUint64(nil, count), nil)
 	_ = b.Set(keyApplied, binary.BigEndian.AppendUint64(nil, applied), nil)
+	_ = b.Set(keySeq, binary.BigEndian.AppendUint64(nil, seq), nil)
 	// NoSync: the raft log replays anything lost, and CheckpointSnapshot
 	// syncs the WAL before raft may drop those entries.
 	if err := b.Commit(pebble.NoSync); err != nil {
@@ -172,6 +194,7 @@ func (f *CounterFSM) ApplyBatch(logs []*raft.Log) []any {
 	}
 	f.count.Store(count)
 	f.applied.Store(applied)
+	f.seq.Store(seq)
 	return resp
 }
 

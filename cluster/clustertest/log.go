@@ -18,7 +18,7 @@ func Logger(t testing.TB) *slog.Logger {
 			t.Logf("captured log:\n%s", buf.String())
 		}
 	})
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 // lockedBuffer is written by many raft goroutines at once.
