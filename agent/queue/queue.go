@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/sightline/sightline/wire"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -57,6 +58,9 @@ type Options struct {
 	Dir    string       // Pebble directory, created when missing
 	Budget int64        // bytes of queued records and batches Append may fill
 	Logger *slog.Logger // nil means slog.Default()
+	// FS is the file system Pebble uses; nil means the operating system's.
+	// Crash tests pass a crashable in-memory FS to simulate power loss.
+	FS vfs.FS
 
 	// commitHook, set by tests, runs in the committer before each group
 	// commit with the number of records in the group.
@@ -158,6 +162,7 @@ func Open(opts Options) (*Queue, error) {
 		CacheSize:          8 << 20,
 		MemTableSize:       4 << 20,
 		Logger:             pebbleLogger{log: log.With("component", "pebble")},
+		FS:                 opts.FS,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: opening %s: %w", opts.Dir, err)
