@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/sightline/sightline/wire"
 )
@@ -25,6 +26,7 @@ var (
 // so it is the only holder of the write lock.
 type Store struct {
 	dir string
+	fs  vfs.FS // nil: the operating system's
 
 	mu sync.RWMutex
 	db *pebble.DB
@@ -35,12 +37,16 @@ type Store struct {
 }
 
 // OpenStore opens (or creates) the state in dir.
-func OpenStore(dir string) (*Store, error) {
-	db, err := openPebble(dir)
+func OpenStore(dir string) (*Store, error) { return openStore(dir, nil) }
+
+// openStore opens the state on fs; crash tests pass a crashable in-memory
+// file system.
+func openStore(dir string, fs vfs.FS) (*Store, error) {
+	db, err := openPebble(dir, fs)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, db: db, cfgCh: make(chan struct{})}
+	s := &Store{dir: dir, fs: fs, db: db, cfgCh: make(chan struct{})}
 	if err := s.reloadConfig(); err != nil {
 		db.Close()
 		return nil, err
@@ -48,8 +54,8 @@ func OpenStore(dir string) (*Store, error) {
 	return s, nil
 }
 
-func openPebble(dir string) (*pebble.DB, error) {
-	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}})
+func openPebble(dir string, fs vfs.FS) (*pebble.DB, error) {
+	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}, FS: fs})
 	if err != nil {
 		return nil, fmt.Errorf("aggregator: opening state in %s: %w", dir, err)
 	}
@@ -97,7 +103,7 @@ func (s *Store) Restore(r io.Reader, restore func(io.Reader, string) error) erro
 		return err
 	}
 	syncDir(filepath.Dir(s.dir))
-	db, err := openPebble(s.dir)
+	db, err := openPebble(s.dir, s.fs)
 	if err != nil {
 		s.mu.Unlock()
 		return err

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/hashicorp/raft"
 )
 
@@ -73,11 +74,17 @@ var (
 // of trailing entries that fail their checksum is a write torn by a crash
 // and is truncated with a warning; nil logger means slog.Default().
 func OpenLogStore(dir string, logger *slog.Logger) (*LogStore, error) {
+	return openLogStore(dir, nil, logger)
+}
+
+// openLogStore opens the store on fs (nil: the operating system's); crash
+// tests pass a crashable in-memory file system.
+func openLogStore(dir string, fs vfs.FS, logger *slog.Logger) (*LogStore, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
 	logger = logger.With("component", "logstore")
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{l: logger}})
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{l: logger}, FS: fs})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: open log store %s: %w", dir, err)
 	}
