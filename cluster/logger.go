@@ -57,8 +57,9 @@ func (a *hclogAdapter) enabled(level hclog.Level) bool {
 func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 	// Raft warns when a heartbeat times out, which is also how every node,
 	// a lone demo node included, starts its first election. Routine at
-	// start-up, so it is said at info; a leader that goes quiet later still
-	// shows as the election that follows and in the cluster status.
+	// start-up, so it is demoted to info (below raftLogLevel, so dropped);
+	// a leader that goes quiet later still shows as the election that
+	// follows and in the cluster status.
 	if level == hclog.Warn && msg == "heartbeat timeout reached, starting election" {
 		level = hclog.Info
 	}
