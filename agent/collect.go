@@ -3,8 +3,11 @@ package agent
 import (
 	"bytes"
 	"encoding/json"
+
 	"errors"
 	"fmt"
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"math"
 	"net/http"
 	"reflect"
@@ -120,8 +123,74 @@ type jsonTarget struct {
 	Text string   `json:"text"`
 }
 
-// decodeJSON decodes and validates a JSON collect body.
+// jsonRequestTyped decodes a whole body in one pass, the common case, with
+// the faster json v2 decoder (go-json-experiment/json, the implementation
+// that becomes encoding/json/v2). It is stricter (exact-case names, no
+// duplicate names, valid UTF-8): what it refuses goes to the v1 path below,
+// which either accepts it as before or names the field at fault.
+type jsonRequestTyped struct {
+	Site    string           `json:"site"`
+	Session string           `json:"session"`
+	User    string           `json:"user"`
+	Events  []jsonEventTyped `json:"events"`
+}
+
+type jsonEventTyped struct {
+	ID     string         `json:"id"`
+	Type   string         `json:"type"`
+	TS     int64          `json:"ts"`
+	URL    string         `json:"url"`
+	Target *jsonTarget    `json:"target"`
+	Value  string         `json:"value"`
+	Name   string         `json:"name"`
+	Props  jsontext.Value `json:"props"`
+	RRWeb  jsontext.Value `json:"rrweb"`
+}
+
+// decodeJSON decodes and validates a JSON collect body. A body decodes in
+// one typed pass; only when that fails is it decoded again event by event,
+// to name the field at fault.
 func decodeJSON(body []byte, lim limits) (*collectRequest, *apiError) {
+	var typed jsonRequestTyped
+	if jsonv2.Unmarshal(body, &typed) == nil {
+		if err := checkEnvelope(typed.Site, typed.Session, typed.User, len(typed.Events), lim); err != nil {
+			return nil, err
+		}
+		raw := make([]rawEvent, len(typed.Events))
+		for i := range typed.Events {
+			te := &typed.Events[i]
+			je := jsonEvent{ID: te.ID, Type: te.Type, TS: te.TS, URL: te.URL, Target: te.Target,
+				Value: te.Value, Name: te.Name, Props: json.RawMessage(te.Props), RRWeb: json.RawMessage(te.RRWeb)}
+			if err := fromJSONEvent(&raw[i], &je, i); err != nil {
+				return nil, err
+			}
+		}
+		return finish(typed.Site, typed.Session, typed.User, raw, lim)
+	}
+	return decodeJSONSlow(body, lim)
+}
+
+func fromJSONEvent(ev *rawEvent, je *jsonEvent, i int) *apiError {
+	ev.ID, ev.Type, ev.TS, ev.URL, ev.Value, ev.Name = je.ID, je.Type, je.TS, je.URL, je.Value, je.Name
+	if je.Target != nil {
+		ev.Target = wire.Target{Sel: je.Target.Sel, Tag: je.Target.Tag, ID: je.Target.ID, Cls: je.Target.Cls, Text: je.Target.Text}
+	}
+	var err *apiError
+	if len(je.Props) > 0 {
+		if ev.Props, err = jsonObject(je.Props, "events["+strconv.Itoa(i)+"].props"); err != nil {
+			return err
+		}
+	}
+	if len(je.RRWeb) > 0 {
+		if ev.RRWeb, err = jsonObject(je.RRWeb, "events["+strconv.Itoa(i)+"].rrweb"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decodeJSONSlow decodes event by event so that an error names its event.
+func decodeJSONSlow(body []byte, lim limits) (*collectRequest, *apiError) {
 	var req jsonRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, jsonError("", err)
@@ -136,16 +205,7 @@ func decodeJSON(body []byte, lim limits) (*collectRequest, *apiError) {
 		if err := json.Unmarshal(m, &je); err != nil {
 			return nil, jsonError(prefix, err)
 		}
-		ev := &raw[i]
-		ev.ID, ev.Type, ev.TS, ev.URL, ev.Value, ev.Name = je.ID, je.Type, je.TS, je.URL, je.Value, je.Name
-		if je.Target != nil {
-			ev.Target = wire.Target{Sel: je.Target.Sel, Tag: je.Target.Tag, ID: je.Target.ID, Cls: je.Target.Cls, Text: je.Target.Text}
-		}
-		var err *apiError
-		if ev.Props, err = jsonObject(je.Props, prefix+".props"); err != nil {
-			return nil, err
-		}
-		if ev.RRWeb, err = jsonObject(je.RRWeb, prefix+".rrweb"); err != nil {
+		if err := fromJSONEvent(&raw[i], &je, i); err != nil {
 			return nil, err
 		}
 	}
@@ -160,6 +220,11 @@ func jsonObject(raw json.RawMessage, field string) ([]byte, *apiError) {
 	}
 	if raw[0] != '{' {
 		return nil, badField(codeInvalidField, field, "must be a JSON object")
+	}
+	// The decoder has already checked the syntax; without white space the
+	// bytes are already compact.
+	if !bytes.ContainsAny(raw, " \t\r\n") {
+		return append([]byte(nil), raw...), nil
 	}
 	var buf bytes.Buffer
 	buf.Grow(len(raw))

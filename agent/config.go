@@ -35,6 +35,11 @@ type Config struct {
 	RetryMin       time.Duration `yaml:"retry_min"`
 	RetryMax       time.Duration `yaml:"retry_max"`
 
+	// MemoryLimit is the soft Go memory limit of the agent process (bytes;
+	// 0 leaves the runtime's default or GOMEMLIMIT). The agent sits beside
+	// the web app, so it trades some GC CPU for a small footprint.
+	MemoryLimit int64 `yaml:"memory_limit"`
+
 	MaxClockSkew time.Duration `yaml:"max_clock_skew"` // how far in the future an event ts may be
 	MaxEventAge  time.Duration `yaml:"max_event_age"`  // how far in the past an event ts may be
 }
@@ -54,6 +59,7 @@ func DefaultConfig() Config {
 		RetryMax:            5 * time.Second,
 		MaxClockSkew:        10 * time.Minute,
 		MaxEventAge:         7 * 24 * time.Hour,
+		MemoryLimit:         32 << 20,
 	}
 }
 
@@ -87,6 +93,9 @@ func (c Config) Validate() error {
 	}
 	if c.AgentID != "" && !agentIDPattern.MatchString(c.AgentID) {
 		bad("agent_id", "%q must be 1 to 128 of A-Z a-z 0-9 . _ -, or empty for a generated id", c.AgentID)
+	}
+	if c.MemoryLimit < 0 {
+		bad("memory_limit", "%d is negative; use 0 for no limit or bytes, e.g. 33554432", c.MemoryLimit)
 	}
 	if c.MaxBodyBytes <= 0 {
 		bad("max_body_bytes", "must be positive, e.g. 1048576")

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/sightline/sightline/wire"
@@ -55,7 +56,14 @@ func openStore(dir string, fs vfs.FS) (*Store, error) {
 }
 
 func openPebble(dir string, fs vfs.FS) (*pebble.DB, error) {
-	db, err := pebble.Open(dir, &pebble.Options{Logger: quietLogger{}, FS: fs})
+	opts := &pebble.Options{Logger: quietLogger{}, FS: fs, CacheSize: 64 << 20}
+	// Apply looks up a marker per event id and per batch, and nearly every
+	// lookup misses; bloom filters answer those misses without reading
+	// blocks from every level.
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("aggregator: opening state in %s: %w", dir, err)
 	}

@@ -218,3 +218,36 @@ func BenchmarkDecodeEvents(b *testing.B) {
 		}
 	}
 }
+
+func TestEventElementsJoin(t *testing.T) {
+	for _, sizes := range [][]int{{1}, {3, 5, 7}, {15, 1}, {100, 200}, {40000, 30000}} {
+		var all []Event
+		var elements []byte
+		for r, n := range sizes {
+			evs := make([]Event, n)
+			for i := range evs {
+				evs[i] = Event{Site: "s", Session: "x", ID: fmt.Sprintf("r%d-%d", r, i), Type: TypeClick, TS: int64(i)}
+			}
+			all = append(all, evs...)
+			b, err := Marshal(evs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, body, err := SplitEventArray(b)
+			if err != nil || got != n {
+				t.Fatalf("SplitEventArray: %d, %v; want %d", got, err, n)
+			}
+			elements = append(elements, body...)
+		}
+		decoded, err := DecodeEvents(CodecZstdMsgpack, EncodeEventElements(len(all), elements))
+		if err != nil {
+			t.Fatalf("sizes %v: %v", sizes, err)
+		}
+		if len(decoded) != len(all) || decoded[len(all)-1].ID != all[len(all)-1].ID || decoded[0].ID != all[0].ID {
+			t.Fatalf("sizes %v: joined %d events, want %d", sizes, len(decoded), len(all))
+		}
+	}
+	if _, _, err := SplitEventArray([]byte{0xc1}); err == nil {
+		t.Fatal("SplitEventArray accepted a non-array")
+	}
+}

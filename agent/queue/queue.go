@@ -85,12 +85,14 @@ type Queue struct {
 	sealMu sync.Mutex
 
 	mu         sync.Mutex
-	cond       *sync.Cond // signalled when waiting gains requests or closing is set
+	cond       *sync.Cond // broadcast when waiting gains requests, closing is set, or a group is published
 	closing    bool
 	waiting    []*appendReq
-	reserved   int64 // bytes of appends waiting for their group commit
-	bytes      int64 // bytes of committed records and pending batches
-	events     int64 // events in committed records and pending batches
+	turn       uint64 // next group number handed to a committer
+	published  uint64 // groups published so far, in group order
+	reserved   int64  // bytes of appends waiting for their group commit
+	bytes      int64  // bytes of committed records and pending batches
+	events     int64  // events in committed records and pending batches
 	nextRecord uint64
 	nextBatch  uint64
 	records    []recordEntry // committed, unsealed records in seq order
@@ -179,8 +181,10 @@ func Open(opts Options) (*Queue, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	q.wg.Add(1)
-	go q.commitLoop()
+	q.wg.Add(committers)
+	for range committers {
+		go q.commitLoop()
+	}
 	return q, nil
 }
 
@@ -341,7 +345,7 @@ func (q *Queue) Append(ctx context.Context, events []wire.Event) error {
 	req.seq = q.nextRecord
 	q.nextRecord++
 	q.waiting = append(q.waiting, req)
-	q.cond.Signal()
+	q.cond.Broadcast()
 	q.mu.Unlock()
 
 	select {
@@ -354,6 +358,12 @@ func (q *Queue) Append(ctx context.Context, events []wire.Event) error {
 
 // commitLoop is the single committer: it takes every waiting append, writes
 // them in one Pebble batch, syncs once and wakes them all.
+// committers is how many group commits may be in flight at once. Pebble
+// coalesces the fsyncs of concurrent synced commits, so while one group
+// waits for the disk the next is already being written; groups are still
+// published to the index (and so to the sealer) in order.
+const committers = 4
+
 func (q *Queue) commitLoop() {
 	defer q.wg.Done()
 	for {
@@ -374,6 +384,8 @@ func (q *Queue) commitLoop() {
 		group, q.waiting = group[:n:n], group[n:]
 		mark := q.ackMarkLocked()
 		last := group[n-1].seq
+		turn := q.turn
+		q.turn++
 		q.mu.Unlock()
 
 		if q.commitHook != nil {
@@ -400,6 +412,11 @@ func (q *Queue) commitLoop() {
 
 		now := time.Now()
 		q.mu.Lock()
+		// Publish in group order, so the index holds records in sequence
+		// order and the sealer never sees a later group before an earlier.
+		for q.published != turn {
+			q.cond.Wait()
+		}
 		for _, r := range group {
 			size := int64(seqKeyLen + len(r.data))
 			q.reserved -= size
@@ -413,6 +430,8 @@ func (q *Queue) commitLoop() {
 		if err == nil {
 			q.syncedLocked(mark)
 		}
+		q.published++
+		q.cond.Broadcast()
 		q.mu.Unlock()
 		if err == nil {
 			q.appends.Add(uint64(len(group)))
@@ -497,7 +516,10 @@ func (q *Queue) sealOnce(maxEvents int) (batch *wire.Batch, took int, err error)
 		return nil, 0, nil
 	}
 
-	events := make([]wire.Event, 0, count)
+	// Records are stored as msgpack event arrays; the batch joins their
+	// elements without decoding them, which is most of what sealing costs.
+	var elements []byte
+	var nEvents int
 	pb := q.db.NewBatch()
 	defer pb.Close()
 	var bad int
@@ -526,8 +548,7 @@ func (q *Queue) sealOnce(maxEvents int) (batch *wire.Batch, took int, err error)
 			_ = it.Close()
 			return nil, 0, fmt.Errorf("queue: reading record %d: %w", rseq, err)
 		}
-		var evs []wire.Event
-		if err := wire.Unmarshal(v, &evs); err != nil {
+		if k, body, err := wire.SplitEventArray(v); err != nil {
 			// Never silently drop: keep the bytes aside, counted and logged.
 			q.log.Error("queue: undecodable record moved to dead letters", "record", rseq, "error", err)
 			if err := pb.Set(seqKey(famDeadRecord, rseq), v, nil); err != nil {
@@ -536,7 +557,11 @@ func (q *Queue) sealOnce(maxEvents int) (batch *wire.Batch, took int, err error)
 			}
 			bad++
 		} else {
-			events = append(events, evs...)
+			if elements == nil {
+				elements = make([]byte, 0, len(v)*(n+1))
+			}
+			elements = append(elements, body...)
+			nEvents += k
 		}
 		if err := pb.Delete(seqKey(famRecord, rseq), nil); err != nil {
 			_ = it.Close()
@@ -554,12 +579,9 @@ func (q *Queue) sealOnce(maxEvents int) (batch *wire.Batch, took int, err error)
 	}
 
 	var batchSize int64
-	if len(events) > 0 {
-		payload, err := wire.EncodeEvents(events)
-		if err != nil {
-			return nil, 0, fmt.Errorf("queue: encoding batch %d: %w", seq, err)
-		}
-		batch = &wire.Batch{Seq: seq, Count: uint32(len(events)), Codec: wire.CodecZstdMsgpack, Payload: payload}
+	if nEvents > 0 {
+		payload := wire.EncodeEventElements(nEvents, elements)
+		batch = &wire.Batch{Seq: seq, Count: uint32(nEvents), Codec: wire.CodecZstdMsgpack, Payload: payload}
 		val, err := wire.Marshal(batch)
 		if err != nil {
 			return nil, 0, fmt.Errorf("queue: encoding batch %d: %w", seq, err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -110,6 +111,11 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	// The limit is the agent process's; the demo, which shares its process
+	// with an aggregator, leaves it alone. GOMEMLIMIT in the environment wins.
+	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
 	}
 	return startAgent(ctx, cfg, logger)
 }
