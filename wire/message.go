@@ -154,7 +154,10 @@ const (
 var (
 	// The fastest level: batches are many near-identical events, which even
 	// it shrinks about sixfold, and the agent's CPU is the scarcer resource.
-	zenc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	// A batch is at most a few hundred kilobytes of msgpack, so a 1 MiB
+	// window loses nothing and keeps the agent's footprint small.
+	zenc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
+		zstd.WithWindowSize(1<<20), zstd.WithLowerEncoderMem(true))
 	zdec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxPayloadDecoded))
 )
 

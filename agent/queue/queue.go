@@ -161,7 +161,7 @@ func Open(opts Options) (*Queue, error) {
 	}
 	db, err := pebble.Open(opts.Dir, &pebble.Options{
 		FormatMajorVersion: pebble.FormatNewest,
-		CacheSize:          8 << 20,
+		CacheSize:          2 << 20, // sealing reads records mostly from the memtable
 		MemTableSize:       4 << 20,
 		Logger:             pebbleLogger{log: log.With("component", "pebble")},
 		FS:                 opts.FS,

@@ -110,6 +110,9 @@ func (p *proc) start() {
 	fmt.Fprintf(f, "=== start %s %s\n", p.name, strings.Join(p.args, " "))
 	cmd := exec.Command(binPath, p.args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	// Should the test process itself die, its children go with it rather
+	// than linger holding ports.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		p.t.Fatal(err)
 	}
