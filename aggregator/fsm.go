@@ -36,20 +36,22 @@ func NewFSM(store *Store, dataDir string, logger *slog.Logger, onFatal func(erro
 
 var _ raft.BatchingFSM = (*FSM)(nil)
 
+// AppliedIndex is the Raft index the state reflects, for cluster.Start to
+// tell whether the newest snapshot must be restored first.
+func (f *FSM) AppliedIndex() (uint64, error) { return f.store.AppliedIndex() }
+
 // ApplyBatch implements raft.BatchingFSM.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
-	entries := make([]Entry, 0, len(logs))
-	pos := make([]int, 0, len(logs))
+	entries := make([]Entry, len(logs))
 	for i, l := range logs {
-		if l.Type != raft.LogCommand {
-			continue
+		entries[i].Index = l.Index
+		if l.Type == raft.LogCommand {
+			entries[i].Data = l.Data
+			if entries[i].Data == nil {
+				entries[i].Data = []byte{} // still a command, and an invalid one
+			}
 		}
-		entries = append(entries, Entry{Index: l.Index, Data: l.Data})
-		pos = append(pos, i)
-	}
-	if len(entries) == 0 {
-		return out
 	}
 	res, err := f.proc.Apply(entries)
 	if err != nil {
@@ -60,9 +62,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		}
 		return out
 	}
-	for j, r := range res {
-		out[pos[j]] = r
-	}
+	copy(out, res)
 	return out
 }
 

@@ -139,6 +139,13 @@ func (n *Node) Run(ctx context.Context) error {
 	case runErr = <-errc:
 	}
 	n.logger.Info("aggregator stopping")
+	if runErr != nil {
+		// The state machine failed or a listener died: leave the cluster
+		// before anything else, so no further entry is acknowledged here.
+		if err := n.raft.Shutdown(); err != nil {
+			n.logger.Warn("raft shutdown", "error", err)
+		}
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
 	defer cancel()
 	_ = n.http.Shutdown(sctx)

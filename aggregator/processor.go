@@ -11,7 +11,8 @@ import (
 	"github.com/sightline/sightline/wire"
 )
 
-// Entry is one committed command as the processor sees it.
+// Entry is one committed Raft entry as the processor sees it; Data is nil
+// for entries that carry no command.
 type Entry struct {
 	Index uint64
 	Data  []byte
@@ -41,6 +42,10 @@ type SessionRec struct {
 // randomness or I/O beyond the store. Tests drive it without Raft.
 type Processor struct {
 	store *Store
+	// failed is the first error Apply returned. Raft may go on handing us
+	// entries until the node stops; none of them may be written after a
+	// failed one, or the applied index would skip past the lost entries.
+	failed error
 }
 
 // NewProcessor returns a processor writing to store.
@@ -51,6 +56,17 @@ func NewProcessor(store *Store) *Processor { return &Processor{store: store} }
 // applied before a restart and are skipped. An error means the state could
 // not be written; the caller must stop the node.
 func (p *Processor) Apply(entries []Entry) ([]any, error) {
+	if p.failed != nil {
+		return nil, p.failed
+	}
+	res, err := p.apply(entries)
+	if err != nil {
+		p.failed = err
+	}
+	return res, err
+}
+
+func (p *Processor) apply(entries []Entry) ([]any, error) {
 	out := make([]any, len(entries))
 	var cfgChanged bool
 	err := p.store.withDB(func(db *pebble.DB) error {
@@ -64,6 +80,13 @@ func (p *Processor) Apply(entries []Entry) ([]any, error) {
 		for i, e := range entries {
 			if e.Index <= last {
 				out[i] = IngestResult{Duplicate: true}
+				continue
+			}
+			if e.Data == nil {
+				// A Raft entry that is not a command (configuration, no-op):
+				// nothing to apply, but the applied index covers it, so a
+				// restart can tell whether a newer snapshot is needed.
+				last = e.Index
 				continue
 			}
 			r, changed, err := tx.apply(e)

@@ -244,7 +244,7 @@ func TestUnknownCommands(t *testing.T) {
 	if !errors.Is(err, ErrUnknownCommand) {
 		t.Fatalf("unknown command: err = %v, want ErrUnknownCommand", err)
 	}
-	if _, err := p.Apply([]Entry{{Index: 3, Data: nil}}); !errors.Is(err, ErrEmptyCommand) {
+	if _, err := NewProcessor(s).Apply([]Entry{{Index: 3, Data: []byte{}}}); !errors.Is(err, ErrEmptyCommand) {
 		t.Fatalf("empty command: err = %v, want ErrEmptyCommand", err)
 	}
 }
@@ -382,4 +382,36 @@ func FuzzApplyCommand(f *testing.F) {
 			t.Fatalf("store unusable after entry %x: %v", entry, err)
 		}
 	})
+}
+
+// TestFailedApplyIsSticky: after an entry fails, later entries are refused
+// too, so the applied index never moves past a lost entry.
+func TestFailedApplyIsSticky(t *testing.T) {
+	s, _ := openTestStore(t)
+	p := NewProcessor(s)
+	if _, err := p.Apply([]Entry{{Index: 1, Data: []byte{0x11}}}); err == nil {
+		t.Fatal("unknown command applied")
+	}
+	if _, err := p.Apply([]Entry{{Index: 2, Data: ingest(t, "a1", 1, 1, events("demo", "s", "e"))}}); err == nil {
+		t.Fatal("an entry after a failed one was applied")
+	}
+	if idx, _ := s.AppliedIndex(); idx != 0 {
+		t.Fatalf("applied index = %d after a failure, want 0", idx)
+	}
+}
+
+// TestNonCommandEntriesAdvanceIndex: configuration entries carry no command
+// but the applied index still covers them.
+func TestNonCommandEntriesAdvanceIndex(t *testing.T) {
+	s, _ := openTestStore(t)
+	f := NewFSM(s, t.TempDir(), slog.Default(), func(err error) { t.Error(err) })
+	f.ApplyBatch([]*raft.Log{
+		{Index: 1, Type: raft.LogConfiguration},
+		{Index: 2, Type: raft.LogCommand, Data: ingest(t, "a1", 1, 1, events("demo", "s", "e"))},
+		{Index: 3, Type: raft.LogNoop},
+	})
+	if idx, _ := s.AppliedIndex(); idx != 3 {
+		t.Fatalf("applied index = %d, want 3", idx)
+	}
+	wantStats(t, s, "demo", 1, 1)
 }

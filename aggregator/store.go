@@ -43,6 +43,11 @@ func OpenStore(dir string) (*Store, error) { return openStore(dir, nil) }
 // openStore opens the state on fs; crash tests pass a crashable in-memory
 // file system.
 func openStore(dir string, fs vfs.FS) (*Store, error) {
+	if fs == nil {
+		if err := finishRestore(dir); err != nil {
+			return nil, err
+		}
+	}
 	db, err := openPebble(dir, fs)
 	if err != nil {
 		return nil, err
@@ -120,6 +125,37 @@ func (s *Store) Restore(r io.Reader, restore func(io.Reader, string) error) erro
 	s.mu.Unlock()
 	_ = os.RemoveAll(old)
 	return s.reloadConfig()
+}
+
+// finishRestore completes or rolls back a Restore that a crash interrupted.
+// Restore writes the new state completely into dir.restore, then renames
+// dir to dir.old and dir.restore to dir; with dir missing, one of the two
+// renames did not happen. Whatever state this leaves, raft restores the
+// newest snapshot on start when the state is behind it.
+func finishRestore(dir string) error {
+	restore, old := dir+".restore", dir+".old"
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		switch {
+		case exists(restore):
+			if err := os.Rename(restore, dir); err != nil {
+				return fmt.Errorf("aggregator: finishing an interrupted restore: %w", err)
+			}
+		case exists(old):
+			if err := os.Rename(old, dir); err != nil {
+				return fmt.Errorf("aggregator: rolling back an interrupted restore: %w", err)
+			}
+		}
+		syncDir(filepath.Dir(dir))
+	}
+	if err := os.RemoveAll(restore); err != nil {
+		return err
+	}
+	return os.RemoveAll(old)
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 func syncDir(dir string) {

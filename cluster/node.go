@@ -220,6 +220,12 @@ type Node struct {
 	shutdownErr  error
 }
 
+// AppliedIndexer is implemented by a state machine that keeps its state
+// durably and knows the Raft index it reflects.
+type AppliedIndexer interface {
+	AppliedIndex() (uint64, error)
+}
+
 // Start opens the raft state under cfg.DataDir/raft, binds the transport
 // and starts raft with fsm. With cfg.Bootstrap and no existing state it
 // bootstraps a one-node cluster of itself. The caller owns fsm and closes
@@ -284,6 +290,22 @@ func Start(cfg Config, fsm raft.FSM) (*Node, error) {
 	// index, so replaying the newest snapshot on every start would only
 	// throw that state away and rebuild it (see doc.go).
 	rc.NoSnapshotRestoreOnStart = true
+	// Unless the state is behind the newest snapshot: raft saves a snapshot
+	// it installs from the leader before it hands it to the FSM, so a crash
+	// (or a failed restore) in between leaves an older state, and raft would
+	// otherwise never replay what lies between it and that snapshot.
+	if a, ok := fsm.(AppliedIndexer); ok {
+		if list, err := snaps.List(); err == nil && len(list) > 0 {
+			applied, err := a.AppliedIndex()
+			if err != nil {
+				return fail(fmt.Errorf("cluster: reading the state's applied index: %w", err))
+			}
+			if applied < list[0].Index {
+				logger.Warn("state is behind the newest snapshot; restoring it", "applied", applied, "snapshot", list[0].Index)
+				rc.NoSnapshotRestoreOnStart = false
+			}
+		}
+	}
 	if err := raft.ValidateConfig(rc); err != nil {
 		return fail(fmt.Errorf("cluster: raft config: %w", err))
 	}
