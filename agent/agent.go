@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,19 +120,26 @@ func (a *Agent) resolveID() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("agent: reading agent id: %w", err)
 	}
-	switch {
-	case stored != nil && a.cfg.AgentID != "" && string(stored) != a.cfg.AgentID:
-		return "", fmt.Errorf("%w: agent_id: %q, but data_dir %s belongs to %q; remove agent_id or use a new data_dir",
-			ErrAgentIDChanged, a.cfg.AgentID, a.cfg.DataDir, stored)
-	case stored != nil:
+	if stored != nil {
+		name, _, _ := strings.Cut(string(stored), "~")
+		if a.cfg.AgentID != "" && name != a.cfg.AgentID {
+			return "", fmt.Errorf("%w: agent_id: %q, but data_dir %s belongs to %q; remove agent_id or use a new data_dir",
+				ErrAgentIDChanged, a.cfg.AgentID, a.cfg.DataDir, name)
+		}
 		return string(stored), nil
 	}
-	id := a.cfg.AgentID
-	if id == "" {
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		id = "agent-" + hex.EncodeToString(b[:])
+	// A new queue starts its sequences at 1 again. The aggregator dedupes by
+	// (agent id, seq) and forgets sequences below the agent's low-water
+	// mark, so a configured name alone would make a new queue's batches look
+	// like old ones (a pod that kept agent_id but lost its volume): every
+	// queue gets an incarnation of its own.
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	name := a.cfg.AgentID
+	if name == "" {
+		name = "agent"
 	}
+	id := name + "~" + hex.EncodeToString(b[:])
 	if err := a.q.SetMeta(metaAgentID, []byte(id)); err != nil {
 		return "", fmt.Errorf("agent: storing agent id: %w", err)
 	}

@@ -490,8 +490,9 @@ func TestAgentID(t *testing.T) {
 	cfg := testConfig(dir)
 	cfg.AgentID = "edge-1"
 	a := newAgent(t, cfg, nil, nil)
-	if a.ID() != "edge-1" {
-		t.Fatalf("ID %q", a.ID())
+	first := a.ID()
+	if !strings.HasPrefix(first, "edge-1~") {
+		t.Fatalf("ID %q, want edge-1~<incarnation>", first)
 	}
 	_ = a.Close()
 	cfg.AgentID = "edge-2"
@@ -500,13 +501,24 @@ func TestAgentID(t *testing.T) {
 	}
 	cfg.AgentID = ""
 	b := newAgent(t, cfg, nil, nil)
-	if b.ID() != "edge-1" {
-		t.Fatalf("stored id not kept: %q", b.ID())
+	if b.ID() != first {
+		t.Fatalf("stored id not kept: %q, want %q", b.ID(), first)
 	}
 	_ = b.Close()
 
+	// The same name on a new data dir (a pod that lost its volume) is a new
+	// incarnation: its sequences, restarting at 1, cannot collide with the
+	// old queue's at the aggregator.
+	cfg2 := testConfig(t.TempDir())
+	cfg2.AgentID = "edge-1"
+	c := newAgent(t, cfg2, nil, nil)
+	if !strings.HasPrefix(c.ID(), "edge-1~") || c.ID() == first {
+		t.Fatalf("new data dir with the same agent_id: id %q, want a new edge-1~ incarnation (old %q)", c.ID(), first)
+	}
+	_ = c.Close()
+
 	gen := newAgent(t, testConfig(t.TempDir()), nil, nil)
-	if !strings.HasPrefix(gen.ID(), "agent-") {
+	if !strings.HasPrefix(gen.ID(), "agent~") {
 		t.Fatalf("generated id %q", gen.ID())
 	}
 }

@@ -19,8 +19,9 @@ type Config struct {
 	HTTP        string   `yaml:"http"`        // listen address for the collect API
 	Aggregators []string `yaml:"aggregators"` // aggregator wire addresses (host:port)
 	TLSDir      string   `yaml:"tls_dir"`     // agent certificate and cluster CA
-	// AgentID names this agent towards the aggregators. Empty means a random
-	// id created on first start and kept in the queue.
+	// AgentID names this agent towards the aggregators ("agent" when empty).
+	// Each new queue adds a random incarnation to it ("name~hex"), kept in
+	// the queue, so a data dir lost and recreated never reuses sequences.
 	AgentID string `yaml:"agent_id"`
 
 	DiskBudget   int64   `yaml:"disk_budget"`   // bytes the queue may fill before answering 503
