@@ -763,10 +763,14 @@ func checkEnvelope(site, session, user string, n int, lim limits) *apiError {
 		return badField(codeMissingField, "site", "required, the site id, e.g. \"demo\"")
 	case utf8.RuneCountInString(site) > maxSiteLen:
 		return badField(codeInvalidField, "site", "longer than %d characters", maxSiteLen)
+	case hasControl(site):
+		return badField(codeInvalidField, "site", "contains a control character")
 	case session == "":
 		return badField(codeMissingField, "session", "required, the recorder's session id")
 	case utf8.RuneCountInString(session) > maxSessionLen:
 		return badField(codeInvalidField, "session", "longer than %d characters", maxSessionLen)
+	case hasControl(session):
+		return badField(codeInvalidField, "session", "contains a control character")
 	case utf8.RuneCountInString(user) > maxUserLen:
 		return badField(codeInvalidField, "user", "longer than %d characters", maxUserLen)
 	case n == 0:
@@ -775,6 +779,13 @@ func checkEnvelope(site, session, user string, n int, lim limits) *apiError {
 		return tooMany(n, lim)
 	}
 	return nil
+}
+
+// hasControl reports a control character. Ids and sessions become parts of
+// storage keys at the aggregator, where NUL separates them; rejecting them
+// here means nothing the agent acknowledges is refused later.
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
 // typeList is the accepted event types, for error messages.
@@ -794,6 +805,8 @@ func finish(site, session, user string, raw []rawEvent, lim limits) (*collectReq
 			return nil, badField(codeMissingField, f("id"), "required, a unique event id")
 		case utf8.RuneCountInString(ev.ID) > maxIDLen:
 			return nil, badField(codeInvalidField, f("id"), "longer than %d characters", maxIDLen)
+		case hasControl(ev.ID):
+			return nil, badField(codeInvalidField, f("id"), "contains a control character")
 		case ev.Type == "":
 			return nil, badField(codeMissingField, f("type"), "required, one of %s", typeList)
 		case !wire.KnownType(ev.Type):

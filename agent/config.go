@@ -64,6 +64,10 @@ func DefaultConfig() Config {
 	}
 }
 
+// maxBodyLimit keeps one request (and so one queued record) well inside a
+// wire frame and the aggregator's decode limit.
+const maxBodyLimit = 8 << 20
+
 var agentIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
 // Validate reports every problem at once, each naming the yaml field and
@@ -100,6 +104,8 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBodyBytes <= 0 {
 		bad("max_body_bytes", "must be positive, e.g. 1048576")
+	} else if c.MaxBodyBytes > maxBodyLimit {
+		bad("max_body_bytes", "%d is over %d (8 MiB): one request must fit in one batch the aggregator accepts", c.MaxBodyBytes, maxBodyLimit)
 	}
 	if c.DiskBudget <= 0 {
 		bad("disk_budget", "must be positive, e.g. 1073741824 (1 GiB)")

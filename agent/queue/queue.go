@@ -358,6 +358,13 @@ func (q *Queue) Append(ctx context.Context, events []wire.Event) error {
 
 // commitLoop is the single committer: it takes every waiting append, writes
 // them in one Pebble batch, syncs once and wakes them all.
+// MaxBatchBytes bounds the stored records one batch takes (at least one
+// record is always taken). With max_body_bytes bounded too, a batch stays
+// far below what a frame (wire.MaxFrameBody) and the aggregator's decoder
+// (wire.MaxPayloadDecoded) accept, even when every record is a large DOM
+// snapshot.
+const MaxBatchBytes = 4 << 20
+
 // committers is how many group commits may be in flight at once. Pebble
 // coalesces the fsyncs of concurrent synced commits, so while one group
 // waits for the disk the next is already being written; groups are still
@@ -505,8 +512,10 @@ func (q *Queue) Seal(maxEvents int) (*wire.Batch, error) {
 func (q *Queue) sealOnce(maxEvents int) (batch *wire.Batch, took int, err error) {
 	q.mu.Lock()
 	var n, count int
-	for n < len(q.records) && (n == 0 || count+q.records[n].events <= maxEvents) {
+	var size int64
+	for n < len(q.records) && (n == 0 || (count+q.records[n].events <= maxEvents && size+q.records[n].size <= MaxBatchBytes)) {
 		count += q.records[n].events
+		size += q.records[n].size
 		n++
 	}
 	take := append([]recordEntry(nil), q.records[:n]...)
@@ -558,7 +567,7 @@ func (q *Queue) sealOnce(maxEvents int) (batch *wire.Batch, took int, err error)
 			bad++
 		} else {
 			if elements == nil {
-				elements = make([]byte, 0, len(v)*(n+1))
+				elements = make([]byte, 0, size)
 			}
 			elements = append(elements, body...)
 			nEvents += k

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -545,5 +546,37 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 			t.Fatal("condition not met before deadline")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestSealCapsBytes: large records (DOM snapshots) are sealed into several
+// batches by size, not into one oversized batch by event count.
+func TestSealCapsBytes(t *testing.T) {
+	q := open(t, t.TempDir(), 1<<30)
+	big := mkEvents("big", 1)
+	big[0].RRWeb = bytes.Repeat([]byte("x"), 1<<20)
+	for i := range 10 {
+		evs := mkEvents(fmt.Sprint("r", i), 1)
+		evs[0].RRWeb = big[0].RRWeb
+		if err := q.Append(context.Background(), evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var batches int
+	for {
+		b, err := q.Seal(1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b == nil {
+			break
+		}
+		batches++
+		if n := len(decode(t, b)); n > 4 {
+			t.Fatalf("batch %d holds %d MiB-sized events, want at most 4 (MaxBatchBytes)", b.Seq, n)
+		}
+	}
+	if batches < 3 {
+		t.Fatalf("10 MiB of records sealed into %d batches, want at least 3", batches)
 	}
 }
