@@ -98,12 +98,26 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		io.WriteString(w, page)
 	})}
 	go func() {
-		if err := web.Serve(webLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			done <- err
+		err := web.Serve(webLn)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
 		}
+		done <- err
 	}()
+	running := 3 // aggregator, agent, web app: each sends once on done
 
-	fmt.Fprintf(stdout, `Sightline demo is running.
+	// Say it runs only once the agent answers; if a part fails first (a
+	// port in use), stop everything and say why.
+	var runErr error
+	switch err := waitHealthy(ctx, "http://"+gcfg.HTTP+"/healthz", done); {
+	case errors.Is(err, context.Canceled): // stopped while starting
+	case err != nil:
+		runErr = err
+		if !errors.Is(err, errWaitTimeout) {
+			running-- // that part has already reported on done
+		}
+	default:
+		fmt.Fprintf(stdout, `Sightline demo is running.
   demo web app     %s
   agent (collect)  %s/v1/collect
   aggregator API   %s  (stats: %s/api/v1/stats?site=demo)
@@ -112,12 +126,12 @@ Try:
   curl -H "Authorization: Bearer $(cat %s)" '%s/api/v1/stats?site=demo'
 Press Ctrl-C to stop.
 `, webURL, agentURL, apiURL, apiURL, token, filepath.Join(*dataDir, "admin.token"),
-		filepath.Join(*dataDir, "admin.token"), apiURL)
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-done:
+			filepath.Join(*dataDir, "admin.token"), apiURL)
+		select {
+		case <-ctx.Done():
+		case runErr = <-done:
+			running--
+		}
 	}
 	// Stop taking traffic first, then the agent (it keeps its queue), then
 	// the aggregator.
@@ -125,12 +139,43 @@ Press Ctrl-C to stop.
 	defer scancel()
 	_ = web.Shutdown(sctx)
 	cancel()
-	for range 2 {
+	for range running {
 		if err := <-done; err != nil && runErr == nil && !errors.Is(err, context.Canceled) {
 			runErr = err
 		}
 	}
 	return runErr
+}
+
+// errWaitTimeout means a part started but never answered its health check.
+var errWaitTimeout = errors.New("demo: no answer within 30s from")
+
+// waitHealthy polls url until it answers 200. A part that stops first (its
+// error arrives on done) ends the wait with that error.
+func waitHealthy(ctx context.Context, url string, done <-chan error) error {
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if resp, err := client.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %s", errWaitTimeout, url)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-done:
+			if err == nil {
+				err = errors.New("demo: a part stopped while starting")
+			}
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // portOf returns the port of a host:port address.
