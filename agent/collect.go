@@ -822,10 +822,18 @@ func finish(site, session, user string, raw []rawEvent, lim limits) (*collectReq
 		case ev.Type == wire.TypeRRWeb && ev.RRWeb == nil:
 			return nil, badField(codeMissingField, f("rrweb"), "required for type rrweb, the rrweb event as an object")
 		}
+		value := ev.Value
+		if ev.Type == wire.TypeInput || ev.Type == wire.TypeKeypress {
+			// Guarantee 4's default: input values and key presses are not
+			// recorded. Until censor rules (which may allow them per site)
+			// reach the agent, nothing can allow them, whatever the client
+			// sends.
+			value = ""
+		}
 		out.Events[i] = wire.Event{
 			Site: site, Session: session, User: user,
 			ID: ev.ID, Type: ev.Type, TS: ev.TS, Recv: now, URL: ev.URL,
-			Target: ev.Target, Value: ev.Value, Name: ev.Name,
+			Target: ev.Target, Value: value, Name: ev.Name,
 			Props: ev.Props, RRWeb: ev.RRWeb,
 		}
 	}

@@ -498,3 +498,27 @@ func TestDecodeLimitsPayloadShape(t *testing.T) {
 		t.Fatalf("rrweb = %s", req.Events[0].RRWeb)
 	}
 }
+
+// TestInputValuesNotRecorded: with no censor rule allowing them, the values
+// of input and key-press events never reach the queue, whatever the client
+// sends; other events keep theirs.
+func TestInputValuesNotRecorded(t *testing.T) {
+	lim := limits{maxEvents: 10, maxAge: time.Hour, maxSkew: time.Minute, now: testNow}
+	ts := testNow.UnixMilli()
+	body := fmt.Sprintf(`{"site":"demo","session":"s","events":[
+		{"id":"1","type":"input","ts":%d,"value":"hunter2"},
+		{"id":"2","type":"keypress","ts":%d,"value":"k"},
+		{"id":"3","type":"select","ts":%d,"value":"team"}]}`, ts, ts, ts)
+	for _, decode := range []func([]byte, limits) (*collectRequest, *apiError){decodeJSON, decodeJSONSlow} {
+		req, apiErr := decode([]byte(body), lim)
+		if apiErr != nil {
+			t.Fatal(apiErr)
+		}
+		if v := req.Events[0].Value + req.Events[1].Value; v != "" {
+			t.Fatalf("input/keypress values kept: %q", v)
+		}
+		if req.Events[2].Value != "team" {
+			t.Fatalf("select value = %q, want team", req.Events[2].Value)
+		}
+	}
+}

@@ -62,7 +62,7 @@ type Options struct {
 	// Crash tests pass a crashable in-memory FS to simulate power loss.
 	FS vfs.FS
 
-	// commitHook, set by tests, runs in the committer before each group
+	// commitHook, set by tests, runs in a committer before each group
 	// commit with the number of records in the group.
 	commitHook func(n int)
 }
@@ -356,8 +356,6 @@ func (q *Queue) Append(ctx context.Context, events []wire.Event) error {
 	}
 }
 
-// commitLoop is the single committer: it takes every waiting append, writes
-// them in one Pebble batch, syncs once and wakes them all.
 // MaxBatchBytes bounds the stored records one batch takes (at least one
 // record is always taken). With max_body_bytes bounded too, a batch stays
 // far below what a frame (wire.MaxFrameBody) and the aggregator's decoder
@@ -371,6 +369,9 @@ const MaxBatchBytes = 4 << 20
 // published to the index (and so to the sealer) in order.
 const committers = 4
 
+// commitLoop is one committer: it takes the waiting appends (a group of up
+// to defaultMaxGroup bytes), writes them in one Pebble batch, syncs, waits
+// for its turn to publish them to the index, and wakes them.
 func (q *Queue) commitLoop() {
 	defer q.wg.Done()
 	for {
