@@ -222,7 +222,9 @@ func (q *Queue) load() error {
 	err = q.scan(famBatch, func(seq uint64, v []byte) error {
 		var b wire.Batch
 		if err := wire.Unmarshal(v, &b); err != nil {
-			return fmt.Errorf("queue: batch %d: %w", seq, err)
+			// Next moves it to the dead letters; it must not keep the queue
+			// (and so the agent) from opening.
+			q.log.Error("queue: undecodable batch on disk", "seq", seq, "error", err)
 		}
 		size := int64(seqKeyLen + len(v))
 		q.pending = append(q.pending, batchEntry{seq: seq, size: size, events: int64(b.Count)})
@@ -677,7 +679,14 @@ func (q *Queue) Next(after uint64) (*wire.Batch, error) {
 		}
 		var b wire.Batch
 		if err := wire.Unmarshal(v, &b); err != nil {
-			return nil, fmt.Errorf("queue: batch %d: %w", seq, err)
+			// Damaged on disk: it can never be sent, and must not stop the
+			// batches behind it. Kept as a dead letter, counted and logged.
+			q.log.Error("queue: undecodable batch moved to dead letters", "seq", seq, "error", err)
+			if err := q.quarantine(seq, "undecodable on disk: "+err.Error()); err != nil {
+				return nil, err
+			}
+			after = seq
+			continue
 		}
 		return &b, nil
 	}
@@ -741,6 +750,11 @@ func (q *Queue) Quarantine(seq uint64, reason string) error {
 	if q.closed {
 		return ErrClosed
 	}
+	return q.quarantine(seq, reason)
+}
+
+// quarantine is Quarantine for callers that hold the life read lock.
+func (q *Queue) quarantine(seq uint64, reason string) error {
 	if !q.IsPending(seq) {
 		return fmt.Errorf("%w: %d", ErrNotPending, seq)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cockroachdb/pebble/v2"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -578,5 +579,50 @@ func TestSealCapsBytes(t *testing.T) {
 	}
 	if batches < 3 {
 		t.Fatalf("10 MiB of records sealed into %d batches, want at least 3", batches)
+	}
+}
+
+// TestDamagedBatchDoesNotStopTheQueue: a sealed batch whose bytes were
+// damaged on disk neither keeps the queue from opening nor blocks the
+// batches behind it; it becomes a counted dead letter.
+func TestDamagedBatchDoesNotStopTheQueue(t *testing.T) {
+	dir := t.TempDir()
+	q, err := Open(Options{Dir: dir, Budget: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := q.Append(context.Background(), mkEvents(fmt.Sprint("r", i), 2)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := q.Seal(2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Damage batch 2 directly in Pebble.
+	if err := q.db.Set(seqKey(famBatch, 2), []byte{0xc1, 0xc1}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+
+	q = open(t, dir, 1<<30)
+	var seqs []uint64
+	var after uint64
+	for {
+		b, err := q.Next(after)
+		if err != nil {
+			t.Fatalf("Next: %v", err)
+		}
+		if b == nil {
+			break
+		}
+		seqs = append(seqs, b.Seq)
+		after = b.Seq
+	}
+	if len(seqs) != 2 || seqs[0] != 1 || seqs[1] != 3 {
+		t.Fatalf("sendable batches %v, want [1 3]", seqs)
+	}
+	if q.DeadLetters() != 1 || q.PendingCount() != 2 {
+		t.Fatalf("dead letters %d, pending %d; want 1 and 2", q.DeadLetters(), q.PendingCount())
 	}
 }
