@@ -91,11 +91,13 @@ func run(t *testing.T, a *testAgent) (string, func()) {
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not met before the deadline")
 		}
-		time.Sleep(2 * time.Millisecond)
+		<-tick.C
 	}
 }
 

@@ -542,11 +542,13 @@ func TestReservedMeta(t *testing.T) {
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not met before deadline")
 		}
-		time.Sleep(time.Millisecond)
+		<-tick.C
 	}
 }
 
