@@ -1,5 +1,7 @@
 package wire
 
+import "github.com/vmihailenco/msgpack/v5"
+
 // Event is one captured user interaction as it travels from agent to
 // aggregator. The agent builds it from the collect payload after validation
 // (and, later, censoring); the aggregator stores it as-is.
@@ -56,4 +58,75 @@ func KnownType(t string) bool {
 		return true
 	}
 	return false
+}
+
+// EncodeMsgpack writes an Event exactly as the reflection encoder does (an
+// array of its fields in order, compact integers, nil slices as nil), only
+// faster: the agent encodes every accepted event and the aggregator every
+// stored one. The golden tests pin the bytes; a field appended to Event must
+// be appended here too. The pointer receiver saves a copy per event; msgpack
+// then needs an addressable Event (a pointer, or an element of a slice),
+// which Marshal arranges for a bare value.
+func (ev *Event) EncodeMsgpack(e *msgpack.Encoder) error {
+	if err := e.EncodeArrayLen(13); err != nil {
+		return err
+	}
+	for _, s := range [...]string{ev.Site, ev.Session, ev.User, ev.ID, ev.Type} {
+		if err := e.EncodeString(s); err != nil {
+			return err
+		}
+	}
+	if err := e.EncodeInt(ev.TS); err != nil {
+		return err
+	}
+	if err := e.EncodeInt(ev.Recv); err != nil {
+		return err
+	}
+	if err := e.EncodeString(ev.URL); err != nil {
+		return err
+	}
+	if err := ev.Target.EncodeMsgpack(e); err != nil {
+		return err
+	}
+	if err := e.EncodeString(ev.Value); err != nil {
+		return err
+	}
+	if err := e.EncodeString(ev.Name); err != nil {
+		return err
+	}
+	if err := e.EncodeBytes(ev.Props); err != nil {
+		return err
+	}
+	return e.EncodeBytes(ev.RRWeb)
+}
+
+// EncodeMsgpack writes a Target as the reflection encoder does.
+func (t *Target) EncodeMsgpack(e *msgpack.Encoder) error {
+	if err := e.EncodeArrayLen(5); err != nil {
+		return err
+	}
+	if err := e.EncodeString(t.Sel); err != nil {
+		return err
+	}
+	if err := e.EncodeString(t.Tag); err != nil {
+		return err
+	}
+	if err := e.EncodeString(t.ID); err != nil {
+		return err
+	}
+	if t.Cls == nil {
+		if err := e.EncodeNil(); err != nil {
+			return err
+		}
+	} else {
+		if err := e.EncodeArrayLen(len(t.Cls)); err != nil {
+			return err
+		}
+		for _, c := range t.Cls {
+			if err := e.EncodeString(c); err != nil {
+				return err
+			}
+		}
+	}
+	return e.EncodeString(t.Text)
 }

@@ -115,6 +115,14 @@ func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
 // Marshal encodes a message body.
 func Marshal(v any) ([]byte, error) {
+	// Event and Target encode through pointer methods; a bare value would
+	// not be addressable to msgpack.
+	switch x := v.(type) {
+	case Event:
+		v = &x
+	case Target:
+		v = &x
+	}
 	var buf bytes.Buffer
 	enc := msgpack.NewEncoder(&buf)
 	enc.SetSortMapKeys(true)
