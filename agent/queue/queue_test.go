@@ -249,7 +249,9 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool {
 		q.mu.Lock()
 		defer q.mu.Unlock()
-		return held.Load() == committers && int(heldRecords.Load())+len(q.waiting) == writers
+		// Every writer is queued: in a held group or waiting behind them.
+		// (Not every committer need hold a group: one may have taken all.)
+		return held.Load() >= 1 && int(heldRecords.Load())+len(q.waiting) == writers
 	})
 	unblock()
 	wg.Wait()
@@ -262,9 +264,10 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 	if q.Appends() != writers {
 		t.Fatalf("Appends = %d, want %d", q.Appends(), writers)
 	}
-	// The held groups, then each committer takes whatever is waiting.
-	if q.Fsyncs() > 2*committers {
-		t.Fatalf("%d synced commits for %d appends, want at most %d: no group commit", q.Fsyncs(), writers, 2*committers)
+	// The held groups (at most one per committer), then whatever waits
+	// goes in the next group a committer takes.
+	if q.Fsyncs() > committers+1 {
+		t.Fatalf("%d synced commits for %d appends, want at most %d: no group commit", q.Fsyncs(), writers, committers+1)
 	}
 	if q.Events() != writers {
 		t.Fatalf("Events = %d", q.Events())
