@@ -42,7 +42,6 @@ func (f *FSM) AppliedIndex() (uint64, error) { return f.store.AppliedIndex() }
 
 // ApplyBatch implements raft.BatchingFSM.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
-	out := make([]any, len(logs))
 	entries := make([]Entry, len(logs))
 	for i, l := range logs {
 		entries[i].Index = l.Index
@@ -57,13 +56,13 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	if err != nil {
 		f.logger.Error("cannot apply committed entries; stopping this node", "first", entries[0].Index, "error", err)
 		f.onFatal(err)
+		out := make([]any, len(logs))
 		for i := range out {
 			out[i] = fmt.Errorf("apply failed: %w", err)
 		}
 		return out
 	}
-	copy(out, res)
-	return out
+	return res
 }
 
 // Apply implements raft.FSM.

@@ -60,7 +60,7 @@ func New(cfg Config, logger *slog.Logger) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, logger: logger, reg: prometheus.NewRegistry(), fatal: make(chan error, 1)}
 	n.metrics = newMetrics(n.reg)
-	if n.store, err = OpenStore(filepath.Join(cfg.DataDir, "state")); err != nil {
+	if n.store, err = OpenStore(filepath.Join(cfg.DataDir, "state"), logger); err != nil {
 		return nil, err
 	}
 	n.fsm = NewFSM(n.store, cfg.DataDir, logger, n.onFatal)

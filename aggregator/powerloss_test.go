@@ -14,7 +14,7 @@ import (
 // commit is not synced.
 func TestProcessorPowerLoss(t *testing.T) {
 	fs := vfs.NewCrashableMem()
-	s, err := openStore("state", fs)
+	s, err := openStore("state", fs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +25,7 @@ func TestProcessorPowerLoss(t *testing.T) {
 	crashed := fs.CrashClone(vfs.CrashCloneCfg{})
 	s.Close()
 
-	s2, err := openStore("state", crashed)
+	s2, err := openStore("state", crashed, nil)
 	if err != nil {
 		t.Fatalf("reopening after power loss: %v", err)
 	}

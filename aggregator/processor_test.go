@@ -17,7 +17,7 @@ import (
 func openTestStore(t *testing.T) (*Store, string) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "state")
-	s, err := OpenStore(dir)
+	s, err := OpenStore(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestReplayAfterRestartIsSkipped(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	s2, err := OpenStore(dir)
+	s2, err := OpenStore(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +368,7 @@ func FuzzApplyCommand(f *testing.F) {
 	f.Add(tok)
 	f.Add([]byte{byte(CmdIngest), 0x96, 0xa1, 'a', 0x01, 0x01, 0x01, 0x01, 0xc4, 0x00})
 	f.Add([]byte{byte(CmdIgnorable | 9)})
-	s, err := OpenStore(filepath.Join(f.TempDir(), "state"))
+	s, err := OpenStore(filepath.Join(f.TempDir(), "state"), nil)
 	if err != nil {
 		f.Fatal(err)
 	}

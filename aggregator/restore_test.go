@@ -28,7 +28,7 @@ func TestInterruptedRestoreRecovers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "state")
 			put := func(d, id string) {
-				s, err := OpenStore(d)
+				s, err := OpenStore(d, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -45,7 +45,7 @@ func TestInterruptedRestoreRecovers(t *testing.T) {
 			if err := os.Rename(dir, dir+".old"); err != nil {
 				t.Fatal(err)
 			}
-			s, err := OpenStore(dir)
+			s, err := OpenStore(dir, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -69,7 +69,7 @@ func TestStateBehindSnapshotIsRestored(t *testing.T) {
 	data := t.TempDir()
 	stateDir := filepath.Join(data, "state")
 	start := func() (*cluster.Node, *Store) {
-		s, err := OpenStore(stateDir)
+		s, err := OpenStore(stateDir, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

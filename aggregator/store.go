@@ -13,6 +13,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/sightline/sightline/cluster"
 	"github.com/sightline/sightline/wire"
 )
 
@@ -28,6 +29,7 @@ var (
 type Store struct {
 	dir string
 	fs  vfs.FS // nil: the operating system's
+	log pebble.Logger
 
 	mu sync.RWMutex
 	db *pebble.DB
@@ -37,22 +39,27 @@ type Store struct {
 	cfgCh chan struct{} // closed and replaced when cfg changes
 }
 
-// OpenStore opens (or creates) the state in dir.
-func OpenStore(dir string) (*Store, error) { return openStore(dir, nil) }
+// OpenStore opens (or creates) the state in dir; Pebble's own messages go
+// to logger (nil: slog.Default()).
+func OpenStore(dir string, logger *slog.Logger) (*Store, error) { return openStore(dir, nil, logger) }
 
 // openStore opens the state on fs; crash tests pass a crashable in-memory
 // file system.
-func openStore(dir string, fs vfs.FS) (*Store, error) {
+func openStore(dir string, fs vfs.FS, logger *slog.Logger) (*Store, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	plog := cluster.PebbleLogger(logger.With("component", "state"))
 	if fs == nil {
 		if err := finishRestore(dir); err != nil {
 			return nil, err
 		}
 	}
-	db, err := openPebble(dir, fs)
+	db, err := openPebble(dir, fs, plog)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, fs: fs, db: db, cfgCh: make(chan struct{})}
+	s := &Store{dir: dir, fs: fs, log: plog, db: db, cfgCh: make(chan struct{})}
 	if err := s.reloadConfig(); err != nil {
 		db.Close()
 		return nil, err
@@ -60,8 +67,8 @@ func openStore(dir string, fs vfs.FS) (*Store, error) {
 	return s, nil
 }
 
-func openPebble(dir string, fs vfs.FS) (*pebble.DB, error) {
-	opts := &pebble.Options{Logger: quietLogger{}, FS: fs, CacheSize: 64 << 20}
+func openPebble(dir string, fs vfs.FS, log pebble.Logger) (*pebble.DB, error) {
+	opts := &pebble.Options{Logger: log, FS: fs, CacheSize: 64 << 20}
 	// Apply looks up a marker per event id and per batch, and nearly every
 	// lookup misses; bloom filters answer those misses without reading
 	// blocks from every level.
@@ -116,7 +123,7 @@ func (s *Store) Restore(r io.Reader, restore func(io.Reader, string) error) erro
 		return err
 	}
 	syncDir(filepath.Dir(s.dir))
-	db, err := openPebble(s.dir, s.fs)
+	db, err := openPebble(s.dir, s.fs, s.log)
 	if err != nil {
 		s.mu.Unlock()
 		return err
@@ -336,18 +343,6 @@ func (s *Store) reloadConfig() error {
 	s.cfgCh = make(chan struct{})
 	s.cfgMu.Unlock()
 	return nil
-}
-
-// quietLogger keeps Pebble's informational chatter out of our logs.
-type quietLogger struct{}
-
-func (quietLogger) Infof(string, ...any) {}
-func (quietLogger) Errorf(format string, args ...any) {
-	slog.Error("pebble: " + fmt.Sprintf(format, args...))
-}
-func (quietLogger) Fatalf(format string, args ...any) {
-	// Pebble calls Fatalf only on unrecoverable corruption; it expects no return.
-	panic(fmt.Sprintf("pebble: "+format, args...))
 }
 
 type pebbleDB = pebble.DB

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/cockroachdb/pebble/v2"
 	"io"
 	"log"
 	"log/slog"
@@ -143,6 +144,10 @@ func (w *stdWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// PebbleLogger returns the adapter that routes a Pebble instance's messages
+// to l, for the other Pebble instances of a node (the FSM's state).
+func PebbleLogger(l *slog.Logger) pebble.Logger { return pebbleLogger{l: l} }
 
 // pebbleLogger routes Pebble's own messages to slog. Pebble's Info lines
 // (WAL recovery, compactions) are routine, so they go out at Debug.

@@ -81,6 +81,18 @@ func setFlags(fs *flag.FlagSet) map[string]bool {
 	return set
 }
 
+// flagOverlay returns a function that puts a flag's value into a config
+// field when the flag was given, or when the config file left it empty (so
+// the flag's default fills it).
+func flagOverlay(fs *flag.FlagSet) func(name string, dst *string, v string) {
+	set := setFlags(fs)
+	return func(name string, dst *string, v string) {
+		if set[name] || *dst == "" {
+			*dst = v
+		}
+	}
+}
+
 func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {

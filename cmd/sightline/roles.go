@@ -40,12 +40,7 @@ func runAggregator(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	set := setFlags(fs)
-	overlay := func(name string, dst *string, v string) {
-		if set[name] || *dst == "" {
-			*dst = v
-		}
-	}
+	overlay := flagOverlay(fs)
 	overlay("node-id", &cfg.NodeID, *nodeID)
 	overlay("data-dir", &cfg.DataDir, *dataDir)
 	overlay("http", &cfg.HTTP, *httpAddr)
@@ -53,7 +48,7 @@ func runAggregator(ctx context.Context, args []string, stderr io.Writer) error {
 	overlay("raft", &cfg.Raft, *raftAddr)
 	overlay("join", &cfg.Join, *join)
 	overlay("tls-dir", &cfg.TLSDir, *tlsDir)
-	if set["bootstrap"] {
+	if setFlags(fs)["bootstrap"] {
 		cfg.Bootstrap = *bootstrap
 	}
 	if cfg.JoinToken == "" {
@@ -92,18 +87,12 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	set := setFlags(fs)
-	if set["data-dir"] || cfg.DataDir == "" {
-		cfg.DataDir = *dataDir
-	}
-	if set["http"] || cfg.HTTP == "" {
-		cfg.HTTP = *httpAddr
-	}
-	if set["aggregators"] || len(cfg.Aggregators) == 0 {
+	overlay := flagOverlay(fs)
+	overlay("data-dir", &cfg.DataDir, *dataDir)
+	overlay("http", &cfg.HTTP, *httpAddr)
+	overlay("tls-dir", &cfg.TLSDir, *tlsDir)
+	if setFlags(fs)["aggregators"] || len(cfg.Aggregators) == 0 {
 		cfg.Aggregators = splitList(*aggregators)
-	}
-	if set["tls-dir"] || cfg.TLSDir == "" {
-		cfg.TLSDir = *tlsDir
 	}
 	logger, err := newLogger(stderr, *logLevel)
 	if err != nil {
